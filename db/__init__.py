@@ -1,0 +1,1 @@
+"""Numbered SQL migrations (yoyo) and the committed schema snapshot."""

@@ -1,0 +1,1 @@
+"""The job system itself: errors, the broker, enqueueing and job history."""

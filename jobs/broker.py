@@ -1,0 +1,74 @@
+"""The PostgreSQL broker, extended so every enqueue records its job, de-duplicates by key and
+can join the caller's transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq
+from dramatiq.common import current_millis, dq_name
+from dramatiq.middleware import Middleware
+from dramatiq_postgres import PostgresBroker
+from dramatiq_postgres.utils import retry_pg, tidy4json, transaction
+from psycopg import Connection
+from psycopg.types.json import Json
+from psycopg_pool import ConnectionPool
+
+ENQUEUE = "SELECT studio.enqueue_message(%s, %s)"
+
+
+class StudioBroker(PostgresBroker):  # type: ignore[misc]
+    """PostgresBroker whose enqueue goes through studio.enqueue_message."""
+
+    @retry_pg  # type: ignore[misc]
+    def enqueue(self, message: dramatiq.Message[Any], *,
+                delay: int | None = None) -> dramatiq.Message[Any]:
+        """Enqueue in a transaction of our own."""
+        with transaction(self.pool) as cursor:
+            return self._enqueue(cursor.connection, message, delay)
+
+    def enqueue_on(self, conn: Connection[Any], message: dramatiq.Message[Any], *,
+                   delay: int | None = None) -> dramatiq.Message[Any]:
+        """Enqueue inside the caller's transaction: a rollback means the job never existed."""
+        return self._enqueue(conn, message, delay)
+
+    def _enqueue(self, conn: Connection[Any], message: dramatiq.Message[Any],
+                 delay: int | None) -> dramatiq.Message[Any]:
+        self.emit_before("enqueue", message, delay)
+        if delay:
+            message = message.copy(queue_name=dq_name(message.queue_name))
+            message.options["eta"] = current_millis() + delay
+        row = conn.execute(ENQUEUE, (Json(tidy4json(message)), delay or 0)).fetchone()
+        assert row is not None
+        if str(row[0]) != message.message_id:  # de-duplicated: the live job answers
+            message = message.copy(message_id=str(row[0]))
+        self.emit_after("enqueue", message, delay)
+        return message
+
+
+def build_broker(pool: ConnectionPool, *, poll_interval_s: float, heartbeat_ttl_s: float,
+                 retention_days: float, middleware: list[Middleware]) -> StudioBroker:
+    """A broker on pool; crashed workers' jobs come back after about heartbeat_ttl_s."""
+    return StudioBroker(
+        pool=pool,
+        results=False,
+        poll_interval=poll_interval_s,
+        heartbeat_interval=max(1.0, heartbeat_ttl_s / 5),
+        heartbeat_ttl=heartbeat_ttl_s,
+        maintenance_interval=max(1.0, heartbeat_ttl_s / 2),
+        # Failed messages stay in dramatiq.queue for this long; studio.job keeps them for the admin.
+        purge_maxage=f"{retention_days} days",
+        middleware=middleware,
+    )
+
+
+def send_in_transaction(conn: Connection[Any], actor: dramatiq.Actor[Any, Any], *,
+                        kwargs: dict[str, Any] | None = None, delay_ms: int | None = None,
+                        dedup_key: str | None = None, **options: Any) -> dramatiq.Message[Any]:
+    """Enqueue actor(**kwargs) on the caller's open transaction; returns the (live) message."""
+    if dedup_key is not None:
+        options["dedup_key"] = dedup_key
+    message = actor.message_with_options(kwargs=kwargs or {}, **options)
+    broker = actor.broker
+    assert isinstance(broker, StudioBroker)
+    return broker.enqueue_on(conn, message, delay=delay_ms)

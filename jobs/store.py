@@ -1,0 +1,134 @@
+"""Job history in studio.job / studio.job_attempt: what the middleware writes and the admin reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import Connection
+from psycopg.types.json import Json
+
+START_ATTEMPT = """
+WITH job AS (
+    INSERT INTO studio.job AS j (message_id, actor_name, queue_name, message, status,
+                                 attempts, started_at, max_retries)
+    VALUES (%(id)s, %(actor)s, %(queue)s, %(message)s, 'active', 1, clock_timestamp(),
+            %(max_retries)s)
+    ON CONFLICT (message_id) DO UPDATE
+        SET status = 'active', attempts = j.attempts + 1, started_at = clock_timestamp(),
+            max_retries = EXCLUDED.max_retries, updated_at = clock_timestamp()
+    RETURNING attempts
+), interrupted AS (
+    UPDATE studio.job_attempt
+       SET outcome = 'interrupted', finished_at = clock_timestamp(),
+           error_message = 'the worker running this attempt stopped before it finished'
+     WHERE message_id = %(id)s AND finished_at IS NULL
+)
+INSERT INTO studio.job_attempt (message_id, attempt, worker)
+SELECT %(id)s, attempts, %(worker)s FROM job
+RETURNING attempt
+"""
+
+# The job row is only touched while this attempt is its latest: a retry may already be running.
+FINISH_ATTEMPT = """
+WITH attempt AS (
+    UPDATE studio.job_attempt
+       SET finished_at = clock_timestamp(), outcome = %(outcome)s, error_type = %(error_type)s,
+           error_message = %(error_message)s, error_traceback = %(error_traceback)s
+     WHERE message_id = %(id)s AND attempt = %(attempt)s
+)
+UPDATE studio.job
+   SET status = %(status)s::studio.job_status,
+       finished_at = CASE WHEN %(status)s::studio.job_status IN ('completed', 'failed')
+                          THEN clock_timestamp() END,
+       error_type = %(error_type)s, error_message = %(error_message)s,
+       error_traceback = %(error_traceback)s, updated_at = clock_timestamp()
+ WHERE message_id = %(id)s AND attempts = %(attempt)s
+"""
+
+FAIL_UNSTARTED = """
+UPDATE studio.job
+   SET status = 'failed', finished_at = clock_timestamp(), error_type = %(error_type)s,
+       error_message = %(error_message)s, updated_at = clock_timestamp()
+ WHERE message_id = %(id)s AND status = 'pending'
+"""
+
+REGISTER_ACTOR = """
+INSERT INTO studio.actor (actor_name, queue_name, max_retries, time_limit_ms)
+VALUES (%s, %s, %s, %s)
+ON CONFLICT (actor_name) DO UPDATE
+    SET queue_name = EXCLUDED.queue_name, max_retries = EXCLUDED.max_retries,
+        time_limit_ms = EXCLUDED.time_limit_ms, registered_at = now()
+"""
+
+PURGE_COMPLETED = """
+DELETE FROM studio.job
+ WHERE message_id IN (
+    SELECT message_id FROM studio.job
+     WHERE status = 'completed' AND finished_at < now() - make_interval(secs => %s)
+     LIMIT %s)
+"""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt ended: the attempt's outcome and the job status that follows."""
+
+    attempt_outcome: str
+    job_status: str
+    error_type: str | None = None
+    error_message: str | None = None
+    error_traceback: str | None = None
+
+
+@dataclass(frozen=True)
+class ActorInfo:
+    """What SQL producers need to know of an actor."""
+
+    name: str
+    queue_name: str
+    max_retries: int
+    time_limit_ms: int
+
+
+def start_attempt(conn: Connection[Any], message: dict[str, Any], max_retries: int,
+                  worker: str) -> int:
+    """Mark the job active and open a new attempt; returns the attempt number."""
+    params = {"id": message["message_id"], "actor": message["actor_name"],
+              "queue": message["queue_name"], "message": Json(message),
+              "max_retries": max_retries, "worker": worker}
+    row = conn.execute(START_ATTEMPT, params).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def finish_attempt(conn: Connection[Any], message_id: str, attempt: int, outcome: Outcome) -> None:
+    """Close the attempt and, unless a newer attempt started, move the job to its next status."""
+    conn.execute(FINISH_ATTEMPT, {
+        "id": message_id, "attempt": attempt, "outcome": outcome.attempt_outcome,
+        "status": outcome.job_status, "error_type": outcome.error_type,
+        "error_message": outcome.error_message, "error_traceback": outcome.error_traceback})
+
+
+def fail_unstarted(conn: Connection[Any], message_id: str, error_type: str, error_message: str) -> None:
+    """Fail a job the worker skipped without running it."""
+    conn.execute(FAIL_UNSTARTED, {"id": message_id, "error_type": error_type,
+                                  "error_message": error_message})
+
+
+def register_actors(conn: Connection[Any], actors: list[ActorInfo]) -> None:
+    """Record (or refresh) the actors SQL producers may name in studio.add_job."""
+    with conn.cursor() as cur:
+        cur.executemany(REGISTER_ACTOR, [
+            (a.name, a.queue_name, a.max_retries, a.time_limit_ms) for a in actors])
+
+
+def purge_completed(conn: Connection[Any], older_than_s: float, batch: int = 5000) -> int:
+    """Delete completed jobs finished longer ago than older_than_s; returns how many."""
+    deleted = 0
+    while True:
+        count = conn.execute(PURGE_COMPLETED, (older_than_s, batch)).rowcount
+        conn.commit()
+        deleted += count
+        if count < batch:
+            return deleted
