@@ -14,7 +14,7 @@ import typer
 from clients.postgres import connect, embedded_url
 from settings import PROJECT_DIR, Settings, get_settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Inference Studio background jobs.")
 
 RUNNABLE = """

