@@ -1,0 +1,171 @@
+"""Jobs through a real worker on the real broker: enqueue paths, retries, failures, limits."""
+
+from __future__ import annotations
+
+import time
+
+import dramatiq
+import psycopg
+
+from jobs.broker import send_in_transaction
+from tests.support import actors as test_actors
+from tests.support.waiting import attempts, job, marks, wait_for_status
+
+
+def test_a_job_sent_with_actor_send_runs_and_is_recorded_as_completed(database_url, worker):
+    message = test_actors.record.send("sent")
+
+    row = wait_for_status(database_url, message.message_id, "completed")
+
+    assert [m["key"] for m in marks(database_url, "sent")] == ["sent"]
+    assert row["actor_name"] == "test-record" and row["queue_name"] == "test"
+    assert row["attempts"] == 1 and row["error_type"] is None
+    assert row["enqueued_at"] <= row["started_at"] <= row["finished_at"]
+    assert [a["outcome"] for a in attempts(database_url, message.message_id)] == ["completed"]
+
+
+def test_a_job_added_with_the_sql_function_runs(database_url, db, worker):
+    (message_id,) = db.execute(
+        "SELECT studio.add_job('test-record', '{\"key\": \"from-sql\"}')").fetchone()
+
+    wait_for_status(database_url, str(message_id), "completed")
+
+    assert len(marks(database_url, "from-sql")) == 1
+
+
+def test_a_delayed_send_waits_at_least_its_delay(database_url, worker):
+    message = test_actors.record.send_with_options(args=("later",), delay=1500)
+
+    row = wait_for_status(database_url, message.message_id, "completed")
+
+    assert (row["started_at"] - row["enqueued_at"]).total_seconds() >= 1.5
+
+
+def test_a_delayed_sql_job_waits_at_least_its_delay(database_url, db, worker):
+    (message_id,) = db.execute(
+        "SELECT studio.add_job('test-record', '{\"key\": \"sql-later\"}', delay_ms => 1200)"
+    ).fetchone()
+
+    row = wait_for_status(database_url, str(message_id), "completed")
+
+    assert (row["started_at"] - row["enqueued_at"]).total_seconds() >= 1.2
+
+
+def test_jobs_enqueued_in_a_rolled_back_transaction_never_run(database_url, worker):
+    with psycopg.connect(database_url) as conn:
+        python_job = send_in_transaction(conn, test_actors.record, kwargs={"key": "rolled-back"})
+        (sql_job,) = conn.execute(
+            "SELECT studio.add_job('test-record', '{\"key\": \"rolled-back\"}')").fetchone()
+        conn.rollback()
+        control = send_in_transaction(conn, test_actors.record, kwargs={"key": "committed"})
+        conn.commit()
+
+    wait_for_status(database_url, control.message_id, "completed")
+
+    assert marks(database_url, "rolled-back") == []
+    assert job(database_url, python_job.message_id) is None
+    assert job(database_url, str(sql_job)) is None
+
+
+def test_a_job_enqueued_in_an_open_transaction_runs_only_after_commit(database_url, worker):
+    with psycopg.connect(database_url) as conn:
+        message = send_in_transaction(conn, test_actors.record, kwargs={"key": "after-commit"})
+        time.sleep(1.5)  # longer than a poll interval: a visible job would have run by now
+        assert marks(database_url, "after-commit") == []
+        conn.commit()
+
+    wait_for_status(database_url, message.message_id, "completed")
+    assert len(marks(database_url, "after-commit")) == 1
+
+
+def test_enqueueing_with_a_live_dedup_key_returns_the_existing_job(database_url, db, broker):
+    first = test_actors.record.send_with_options(args=("dedup",), dedup_key="sync:key-1")
+    second = test_actors.record.send_with_options(args=("dedup",), dedup_key="sync:key-1")
+    (from_sql,) = db.execute(
+        "SELECT studio.add_job('test-record', '{\"key\": \"dedup\"}', dedup_key => 'sync:key-1')"
+    ).fetchone()
+
+    assert second.message_id == first.message_id == str(from_sql)
+    assert db.execute("SELECT count(*) FROM studio.job").fetchone() == (1,)
+    assert db.execute("SELECT count(*) FROM dramatiq.queue").fetchone() == (1,)
+
+
+def test_a_dedup_key_is_free_again_once_its_job_has_finished(database_url, worker):
+    first = test_actors.record.send_with_options(args=("again",), dedup_key="k")
+    wait_for_status(database_url, first.message_id, "completed")
+
+    second = test_actors.record.send_with_options(args=("again",), dedup_key="k")
+
+    assert second.message_id != first.message_id
+    wait_for_status(database_url, second.message_id, "completed")
+    assert len(marks(database_url, "again")) == 2
+
+
+def test_an_unknown_actor_in_sql_is_refused_with_the_known_actors_named(db):
+    try:
+        db.execute("SELECT studio.add_job('no-such-job')")
+    except psycopg.errors.RaiseException as error:
+        assert 'unknown actor "no-such-job"' in str(error)
+        assert "test-record" in (error.diag.message_hint or "")
+    else:
+        raise AssertionError("add_job accepted an unknown actor")
+
+
+def test_a_failing_job_is_retried_with_growing_backoff_then_failed_with_its_traceback(
+        database_url, worker):
+    message = test_actors.always_fails.send("flaky")
+
+    row = wait_for_status(database_url, message.message_id, "failed")
+
+    tries = attempts(database_url, message.message_id)
+    assert [a["outcome"] for a in tries] == ["retrying", "retrying", "failed"]
+    gaps = [(b["started_at"] - a["finished_at"]).total_seconds() for a, b in zip(tries, tries[1:])]
+    assert gaps[0] >= 0.3 and gaps[1] >= 0.6  # min_backoff 300 ms, doubling
+    assert row["attempts"] == 3 and row["max_retries"] == 2
+    assert row["error_type"] == "builtins.RuntimeError"
+    assert row["error_message"] == "boom for flaky"
+    assert "raise RuntimeError" in row["error_traceback"]
+    assert len(marks(database_url, "flaky")) == 3
+
+
+def test_a_permanent_error_fails_the_job_at_once_with_the_message_for_the_user(
+        database_url, db, worker):
+    message = test_actors.permanent_failure.send("exp-7")
+
+    row = wait_for_status(database_url, message.message_id, "failed")
+
+    assert len(marks(database_url, "exp-7")) == 1
+    assert [a["outcome"] for a in attempts(database_url, message.message_id)] == ["failed"]
+    assert row["error_type"] == "jobs.errors.PermanentError"
+    assert row["error_message"] == "experiment exp-7 has no 'model' column (row 1, column C)"
+    assert db.execute("SELECT state::text FROM dramatiq.queue").fetchall() == [("rejected",)]
+
+
+def test_a_rate_limited_job_is_retried_after_exactly_the_delay_asked(database_url, worker):
+    message = test_actors.rate_limited_once.send("limited", 2.0)
+
+    wait_for_status(database_url, message.message_id, "completed")
+
+    first, second = attempts(database_url, message.message_id)
+    assert first["outcome"] == "retrying" and first["error_type"] == "jobs.errors.RateLimited"
+    waited = (second["started_at"] - first["finished_at"]).total_seconds()
+    assert 2.0 <= waited < 3.5
+
+
+def test_five_jobs_run_at_once_and_a_sixth_waits_for_a_free_thread(database_url, broker, worker):
+    messages = [test_actors.sleep_then_record.send(f"slot-{i}", 1.5) for i in range(6)]
+
+    for message in messages:
+        wait_for_status(database_url, message.message_id, "completed")
+
+    spans = sorted((a["started_at"], a["finished_at"]) for m in messages
+                   for a in attempts(database_url, m.message_id))
+    overlap_at_sixth_start = sum(1 for s, f in spans[:5] if s <= spans[5][0] < f)
+    assert max(sum(1 for s, f in spans if s <= start < f) for start, _ in spans) == 5
+    assert overlap_at_sixth_start < 5
+    assert spans[5][0] >= min(f for _, f in spans[:5])
+
+
+def test_the_broker_is_a_real_postgres_broker_not_a_stub(broker):
+    assert type(broker).__mro__[1].__name__ == "PostgresBroker"
+    assert dramatiq.get_broker() is broker
