@@ -82,7 +82,7 @@ def worker(
 def run_dramatiq(settings: Settings, modules: list[str], *, reload: bool, processes: int) -> int:
     """Hand over to Dramatiq's own CLI with our settings applied."""
     # A worker claims no more jobs than it runs, so idle workers get the rest.
-    os.environ["dramatiq_queue_prefetch"] = str(settings.worker_concurrency)
+    os.environ["dramatiq_queue_prefetch"] = str(settings.worker_concurrency)  # noqa: SIM112 (its name)
     from dramatiq.cli import main as dramatiq_main
     from dramatiq.cli import make_argument_parser
 
@@ -141,6 +141,30 @@ def ping(timeout_s: Annotated[float, typer.Option("--timeout", help="seconds to 
             time.sleep(0.2)
     typer.echo(f"no worker ran job {message.message_id} within {timeout_s:g} s", err=True)
     raise typer.Exit(1)
+
+
+@app.command()
+def health(
+    worker_alive: Annotated[bool, typer.Option("--worker", help="also require a live worker")] = False,
+) -> None:
+    """Exit 0 when the database answers, its schema is current and (--worker) a worker heartbeats."""
+    settings = get_settings()
+    from db.migrate import pending_migrations
+
+    url = database_url(settings)
+    problems = [f"migration {m} not applied (run studio migrate)" for m in pending_migrations(url)]
+    if worker_alive and not _live_workers(url, settings.worker_heartbeat_ttl_s):
+        problems.append(f"no worker heartbeat in the last {settings.worker_heartbeat_ttl_s:g} s")
+    for problem in problems:
+        typer.echo(problem, err=True)
+    raise typer.Exit(1 if problems else 0)
+
+
+def _live_workers(url: str, ttl_s: float) -> int:
+    with connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM dramatiq.worker WHERE heartbeat_at > "
+                           "now() - make_interval(secs => %s)", (ttl_s,)).fetchone()
+    return int(row[0]) if row else 0
 
 
 @app.command()

@@ -6,7 +6,6 @@ import os
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,79 +17,47 @@ def _env(name: str, *aliases: str) -> AliasChoices:
     return AliasChoices(name, *aliases)
 
 
-def _form(description: str, **constraints: Any) -> Any:
-    return Field(description=description, **constraints)
-
-
 class Settings(BaseSettings):
     """Inference Studio worker settings, read from the environment."""
 
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 
-    database_url: Annotated[
-        str | None,
-        _form("a PostgreSQL URL such as postgresql://user:pass@host:5432/db", default=None),
-    ]
-    embedded_pg_dir: Annotated[
-        Path,
-        _form("a folder for the embedded PostgreSQL data", default=PROJECT_DIR / ".studio" / "pgdata"),
-    ]
-    s3_endpoint_url: Annotated[
-        str | None, _form("an http(s) URL of an S3-compatible server", default=None)
-    ]
-    s3_bucket: Annotated[str, _form("an S3 bucket name", default="inference-studio", min_length=3)]
-    aws_access_key_id: Annotated[str | None, _form("an access key id", default=None)]
-    aws_secret_access_key: Annotated[SecretStr | None, _form("a secret key", default=None)]
-    aws_region: Annotated[
-        str, _form("an AWS region name", default="us-east-1", validation_alias=_env(
-            "AWS_REGION", "AWS_DEFAULT_REGION"))
-    ]
-    ray_address: Annotated[str | None, _form("a Ray address such as http://host:8265", default=None)]
-    resend_api_key: Annotated[SecretStr | None, _form("a Resend API key (re_...)", default=None)]
-    resend_api_url: Annotated[
-        str, _form("an http(s) URL of the Resend API", default="https://api.resend.com")
-    ]
-    email_from: Annotated[
-        str, _form("a sender such as 'Studio <noreply@example.com>'",
-                   default="Inference Studio <noreply@inference.studio>")
-    ]
-    studio_url: Annotated[
-        str, _form("the http(s) URL of the Studio web app", default="http://localhost:3000")
-    ]
-    worker_concurrency: Annotated[
-        int,
-        _form("an integer from 1 to 256 (jobs run at once per worker process)", default=5,
-              ge=1, le=256,
-              validation_alias=_env("WORKER_CONCURRENCY", "GRAPHILE_WORKER_CONCURRENCY")),
-    ]
-    worker_poll_interval: Annotated[
-        int,
-        _form("an integer number of milliseconds from 10 to 60000", default=1000, ge=10, le=60_000,
-              validation_alias=_env("WORKER_POLL_INTERVAL", "GRAPHILE_WORKER_POLL_INTERVAL")),
-    ]
-    worker_heartbeat_ttl_s: Annotated[
-        float,
-        _form("seconds from 3 to 3600 after which a silent worker's jobs are redelivered",
-              default=10.0, ge=3, le=3600),
-    ]
-    job_retention_days: Annotated[
-        float, _form("a number of days greater than 0", default=7.0, gt=0)
-    ]
-    job_max_retries: Annotated[
-        int, _form("an integer from 0 to 100", default=5, ge=0, le=100)
-    ]
-    job_time_limit_s: Annotated[
-        int, _form("an integer number of seconds from 1 to 86400", default=600, ge=1, le=86_400)
-    ]
-    sync_interval_s: Annotated[
-        int, _form("an integer number of seconds from 10 to 86400", default=300, ge=10, le=86_400)
-    ]
-    admin_username: Annotated[str, _form("a user name", default="admin", min_length=1)]
-    admin_password: Annotated[SecretStr | None, _form("a password", default=None)]
-    secret_key: Annotated[
-        SecretStr | None,
-        _form("a secret of at least 32 characters (encrypts stored Langfuse keys)", default=None),
-    ]
+    database_url: str | None = Field(
+        None, description="a PostgreSQL URL such as postgresql://user:pass@host:5432/db")
+    embedded_pg_dir: Path = Field(
+        PROJECT_DIR / ".studio" / "pgdata", description="a folder for the embedded PostgreSQL data")
+    s3_endpoint_url: str | None = Field(None, description="an http(s) URL of an S3-compatible server")
+    s3_bucket: str = Field("inference-studio", min_length=3, description="an S3 bucket name")
+    aws_access_key_id: str | None = Field(None, description="an access key id")
+    aws_secret_access_key: SecretStr | None = Field(None, description="a secret key")
+    aws_region: str = Field("us-east-1", validation_alias=_env("AWS_REGION", "AWS_DEFAULT_REGION"),
+                            description="an AWS region name")
+    ray_address: str | None = Field(None, description="a Ray address such as http://host:8265")
+    resend_api_key: SecretStr | None = Field(None, description="a Resend API key (re_...)")
+    resend_api_url: str = Field("https://api.resend.com", description="an http(s) URL of the Resend API")
+    email_from: str = Field("Inference Studio <noreply@inference.studio>",
+                            description="a sender such as 'Studio <noreply@example.com>'")
+    studio_url: str = Field("http://localhost:3000", description="the http(s) URL of the Studio web app")
+    worker_concurrency: int = Field(
+        5, ge=1, le=256, validation_alias=_env("WORKER_CONCURRENCY", "GRAPHILE_WORKER_CONCURRENCY"),
+        description="an integer from 1 to 256 (jobs run at once per worker process)")
+    worker_poll_interval: int = Field(
+        1000, ge=10, le=60_000,
+        validation_alias=_env("WORKER_POLL_INTERVAL", "GRAPHILE_WORKER_POLL_INTERVAL"),
+        description="an integer number of milliseconds from 10 to 60000")
+    worker_heartbeat_ttl_s: float = Field(
+        10.0, ge=3, le=3600,
+        description="seconds from 3 to 3600 after which a silent worker's jobs are redelivered")
+    job_retention_days: float = Field(7.0, gt=0, description="a number of days greater than 0")
+    job_max_retries: int = Field(10, ge=0, le=100, description="an integer from 0 to 100")
+    job_time_limit_s: int = Field(600, ge=1, le=86_400,
+                                  description="an integer number of seconds from 1 to 86400")
+    sync_interval_s: int = Field(300, ge=10, le=86_400,
+                                 description="an integer number of seconds from 10 to 86400")
+    admin_username: str = Field("admin", min_length=1, description="a user name")
+    admin_password: SecretStr | None = Field(None, description="a password")
+    secret_key: SecretStr | None = Field(
+        None, description="a secret of at least 32 characters (encrypts stored Langfuse keys)")
 
     @field_validator("database_url")
     @classmethod
@@ -123,32 +90,27 @@ class SettingsError(SystemExit):
     """The environment holds an invalid setting; the message names the variable."""
 
 
-def _variable_name(field: str) -> str:
-    """The environment variable the user set for a field (an alias when that one is set)."""
-    info = Settings.model_fields[field]
-    alias = info.validation_alias
-    names = [str(c) for c in alias.choices] if isinstance(alias, AliasChoices) else [field]
-    set_names = [n for n in names if n.upper() in {k.upper() for k in os.environ}]
-    return (set_names or names)[0].upper()
+def _names(field: str) -> list[str]:
+    """The environment variables that set a field, preferred first."""
+    alias = Settings.model_fields[field].validation_alias
+    return [str(c).upper() for c in alias.choices] if isinstance(alias, AliasChoices) else [field.upper()]
+
+
+def _field_of(location: str) -> str:
+    return next(f for f in Settings.model_fields if location.upper() in _names(f))
 
 
 def describe_errors(error: ValidationError) -> list[str]:
-    """One line per invalid variable: its name, the value given and the expected form."""
+    """One line per invalid variable: the name the user set, the value and the expected form."""
     lines = []
     for item in error.errors():
-        field = str(item["loc"][0]).lower() if item["loc"] else ""
-        field = next((f for f in Settings.model_fields if f == field or
-                      field in _aliases(f)), field)
-        form = Settings.model_fields[field].description if field in Settings.model_fields else ""
-        value = item.get("input")
-        shown = "***" if "SECRET" in field.upper() or "PASSWORD" in field.upper() else value
-        lines.append(f"invalid setting {_variable_name(field)}={shown!r}: expected {form}")
+        field = _field_of(str(item["loc"][0]))
+        name = next((n for n in _names(field) if n in {k.upper() for k in os.environ}), _names(field)[0])
+        secret = Settings.model_fields[field].annotation == SecretStr | None
+        shown = "***" if secret else item.get("input")
+        lines.append(f"invalid setting {name}={shown!r}: expected "
+                     f"{Settings.model_fields[field].description}")
     return lines
-
-
-def _aliases(field: str) -> set[str]:
-    alias = Settings.model_fields[field].validation_alias
-    return {str(c).lower() for c in alias.choices} if isinstance(alias, AliasChoices) else set()
 
 
 @lru_cache(maxsize=1)

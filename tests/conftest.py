@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util  # TEMP until service_fixtures lands
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +18,6 @@ from jobs.broker import StudioBroker
 from settings import Settings
 from tests.support.db import build_template, cloned_database, server_url
 
-import importlib.util  # TEMP until service_fixtures lands
 pytest_plugins = ["tests.support.service_fixtures"] if importlib.util.find_spec("tests.support.service_fixtures") else []
 
 

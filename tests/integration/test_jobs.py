@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import dramatiq
@@ -119,7 +120,7 @@ def test_a_failing_job_is_retried_with_growing_backoff_then_failed_with_its_trac
 
     tries = attempts(database_url, message.message_id)
     assert [a["outcome"] for a in tries] == ["retrying", "retrying", "failed"]
-    gaps = [(b["started_at"] - a["finished_at"]).total_seconds() for a, b in zip(tries, tries[1:])]
+    gaps = [(b["started_at"] - a["finished_at"]).total_seconds() for a, b in itertools.pairwise(tries)]
     assert gaps[0] >= 0.3 and gaps[1] >= 0.6  # min_backoff 300 ms, doubling
     assert row["attempts"] == 3 and row["max_retries"] == 2
     assert row["error_type"] == "builtins.RuntimeError"
