@@ -76,10 +76,34 @@ def worker(
     modules = modules or ["actors"]
     if once:
         raise typer.Exit(run_once(settings, modules))
-    raise typer.Exit(run_dramatiq(settings, modules, reload=reload, processes=processes))
+    if reload:
+        raise typer.Exit(run_reloading(modules, processes))
+    raise typer.Exit(run_dramatiq(settings, modules, processes=processes))
 
 
-def run_dramatiq(settings: Settings, modules: list[str], *, reload: bool, processes: int) -> int:
+SOURCES = ("actors", "pipelines", "clients", "jobs", "db", "admin", "settings.py", "cli.py")
+
+
+def run_reloading(modules: list[str], processes: int) -> int:
+    """Run the worker in a child process and restart it whenever our source changes."""
+    import shlex
+
+    import watchfiles
+
+    paths = [PROJECT_DIR / p for p in SOURCES if (PROJECT_DIR / p).exists()]
+    command = shlex.join([sys.executable, "-m", "cli", "worker", *modules,
+                          "--processes", str(processes)])
+    # SIGINT lets running jobs finish (up to 30 s) before the restart.
+    return watchfiles.run_process(*paths, target=command, target_type="command",
+                                  sigint_timeout=30, callback=_say_reloading)
+
+
+def _say_reloading(changes: set[tuple[object, str]]) -> None:
+    typer.echo(f"code changed ({', '.join(sorted(p for _, p in changes))}): restarting the worker",
+               err=True)
+
+
+def run_dramatiq(settings: Settings, modules: list[str], *, processes: int) -> int:
     """Hand over to Dramatiq's own CLI with our settings applied."""
     # A worker claims no more jobs than it runs, so idle workers get the rest.
     os.environ["dramatiq_queue_prefetch"] = str(settings.worker_concurrency)  # noqa: SIM112 (its name)
@@ -88,8 +112,6 @@ def run_dramatiq(settings: Settings, modules: list[str], *, reload: bool, proces
 
     argv = [*modules, "--processes", str(processes),
             "--threads", str(settings.worker_concurrency), "--path", str(PROJECT_DIR)]
-    if reload:
-        argv += ["--watch", str(PROJECT_DIR)]
     return int(dramatiq_main(make_argument_parser().parse_args(argv)) or 0)
 
 
@@ -102,6 +124,7 @@ def run_once(settings: Settings, modules: list[str]) -> int:
     for module in modules:
         importlib.import_module(module)
     broker = dramatiq.get_broker()
+    broker.emit_after("process_boot")  # what Dramatiq's CLI does first: starts the time limits
     worker = dramatiq.Worker(broker, worker_threads=settings.worker_concurrency,
                              worker_timeout=100)
     worker.start()
@@ -175,7 +198,7 @@ def dev() -> None:
     migrate()
     typer.echo(f"worker: {settings.worker_concurrency} threads, "
                f"poll {settings.worker_poll_interval} ms; database {os.environ['DATABASE_URL']}")
-    raise typer.Exit(run_dramatiq(get_settings(), ["actors"], reload=False, processes=1))
+    raise typer.Exit(run_dramatiq(get_settings(), ["actors"], processes=1))
 
 
 def main() -> None:

@@ -29,6 +29,11 @@ retry_on_disconnect = tenacity.retry(
 class StudioBroker(PostgresBroker):  # type: ignore[misc]
     """PostgresBroker whose enqueue goes through studio.enqueue_message."""
 
+    def close(self) -> None:
+        """Stop listening and close the pool (built for this broker, so ours to close)."""
+        super().close()
+        self.pool.close()
+
     @retry_on_disconnect
     def enqueue(self, message: dramatiq.Message[Any], *,
                 delay: int | None = None) -> dramatiq.Message[Any]:

@@ -78,6 +78,7 @@ def broker(test_settings: Settings) -> Iterator[StudioBroker]:
 @pytest.fixture
 def worker(broker: StudioBroker, test_settings: Settings) -> Iterator[dramatiq.Worker]:
     """A running Dramatiq worker (WORKER_CONCURRENCY threads) on the test broker."""
+    broker.emit_after("process_boot")  # as Dramatiq's CLI does: starts the time-limit watchdog
     running = dramatiq.Worker(broker, worker_threads=test_settings.worker_concurrency,
                               worker_timeout=100)
     running.start()

@@ -8,6 +8,7 @@ import time
 import dramatiq
 import psycopg
 
+from actors.middleware import JobHistory
 from jobs.broker import send_in_transaction
 from tests.support import actors as test_actors
 from tests.support.waiting import attempts, job, marks, wait_for_status
@@ -170,3 +171,30 @@ def test_five_jobs_run_at_once_and_a_sixth_waits_for_a_free_thread(database_url,
 def test_the_broker_is_a_real_postgres_broker_not_a_stub(broker):
     assert type(broker).__mro__[1].__name__ == "PostgresBroker"
     assert dramatiq.get_broker() is broker
+
+
+def test_a_job_past_its_actor_time_limit_is_stopped_and_failed(database_url, worker):
+    message = test_actors.too_slow.send("slow")
+
+    row = wait_for_status(database_url, message.message_id, "failed")
+
+    assert row["error_type"] == "dramatiq.middleware.time_limit.TimeLimitExceeded"
+    assert marks(database_url, "slow:done") == []
+    assert (row["finished_at"] - row["started_at"]).total_seconds() < 3
+
+
+def test_completed_jobs_past_retention_are_removed_and_failed_ones_kept(database_url, db, broker, worker):
+    old, recent = test_actors.record.send("old"), test_actors.record.send("recent")
+    failed = test_actors.permanent_failure.send("old-failure")
+    for message, status in ((old, "completed"), (recent, "completed"), (failed, "failed")):
+        wait_for_status(database_url, message.message_id, status)
+    db.execute("UPDATE studio.job SET finished_at = now() - interval '8 days' "
+               "WHERE message_id = ANY(%s::uuid[])", ([old.message_id, failed.message_id],))
+    history = next(m for m in broker.middleware if isinstance(m, JobHistory))
+
+    assert history.sweep() == 1
+
+    assert job(database_url, old.message_id) is None
+    assert attempts(database_url, old.message_id) == []
+    assert job(database_url, recent.message_id)["status"] == "completed"
+    assert job(database_url, failed.message_id)["status"] == "failed"

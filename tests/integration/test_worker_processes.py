@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from settings import PROJECT_DIR
 from tests.support import actors as test_actors
 from tests.support.processes import run, start
 from tests.support.waiting import attempts, marks, wait_for, wait_for_status
@@ -87,3 +88,20 @@ def test_a_job_whose_worker_is_killed_is_redelivered_and_completes_within_30_s(
     assert [a["outcome"] for a in tries] == ["interrupted", "completed"]
     assert tries[0]["worker"] != tries[1]["worker"]
     assert recovered_s < 30
+
+
+def test_studio_worker_reload_restarts_on_a_code_change_and_keeps_running_jobs(
+        database_url, broker, tmp_path):
+    probe = PROJECT_DIR / "jobs" / "_reload_probe.py"
+    worker = start(["studio", "worker", "--reload", "actors", "tests.support.actors"],
+                   tmp_path / "reload.log", {"DATABASE_URL": database_url})
+    try:
+        _wait_ready(worker)
+        probe.write_text("CHANGED = True\n")
+        wait_for(lambda: worker.output().count("ready for action") >= 2, timeout_s=30,
+                 what="the worker to restart")
+        message = test_actors.record.send("after-reload")
+        wait_for_status(database_url, message.message_id, "completed")
+    finally:
+        probe.unlink(missing_ok=True)
+        worker.stop()

@@ -63,3 +63,12 @@ def rate_limited_once(key: str, retry_after_s: float) -> None:
     """The first run is told to come back after retry_after_s; the second succeeds."""
     if mark(key) == 0:
         raise RateLimited(retry_after_s)
+
+
+@dramatiq.actor(actor_name="test-too-slow", queue_name="test", max_retries=0, time_limit=500)
+def too_slow(key: str) -> None:
+    """Runs past its 0.5 s time limit."""
+    mark(key)
+    for _ in range(100):  # the limit is delivered between bytecodes, so sleep in small steps
+        time.sleep(0.05)
+    mark(key + ":done")
