@@ -20,8 +20,8 @@ from dramatiq.middleware import (
     ShutdownNotifications,
     TimeLimit,
 )
-from psycopg_pool import ConnectionPool
 
+from clients.postgres import ForkSafePool
 from jobs import store
 from jobs.errors import PermanentError, RateLimited
 
@@ -63,7 +63,7 @@ def _error_outcome(message: Any, exception: BaseException) -> store.Outcome:
 class JobHistory(Middleware):
     """Records every job and every attempt (worker, times, outcome, error) in studio.job."""
 
-    def __init__(self, pool: ConnectionPool, *, default_max_retries: int,
+    def __init__(self, pool: ForkSafePool, *, default_max_retries: int,
                  retention_days: float) -> None:
         self.pool = pool
         self.default_max_retries = default_max_retries
@@ -133,7 +133,7 @@ def actor_infos(broker: dramatiq.Broker) -> list[store.ActorInfo]:
     ) for name, actor in sorted(broker.actors.items())]
 
 
-def default_middleware(pool: ConnectionPool, *, max_retries: int, time_limit_ms: int,
+def default_middleware(pool: ForkSafePool, *, max_retries: int, time_limit_ms: int,
                        retention_days: float) -> list[Middleware]:
     """Dramatiq's defaults with our retry policy. After-hooks run in reverse order, so
     history, placed before retries, sees the retry decision."""

@@ -2,10 +2,10 @@
 
     .venv/bin/python bench/broker.py [-n 10000] [--compare graphile-worker]
 
-Two workloads per system, each in a fresh database on the same PostgreSQL server:
-throughput (enqueue N jobs, then start one worker and time first start to last finish) and
-pickup latency (enqueue jobs one by one at a steady rate to the idle worker; started_at minus
-enqueued_at, both taken from the database clock).
+Each system gets a fresh database on the same PostgreSQL server and two workloads: throughput
+(enqueue N jobs, start one worker, time first start to last finish) and pickup latency (jobs
+enqueued one by one at a steady rate to the idle worker; started_at - enqueued_at, both taken
+from the database clock).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, LiteralString
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -35,7 +35,7 @@ from db.migrate import migrate
 from jobs import store
 from settings import PROJECT_DIR, get_settings
 
-CACHE_DIR = PROJECT_DIR / ".cache" / "bench"
+CACHE_DIR = PROJECT_DIR / ".cache" / "bench"  # git-ignored
 GRAPHILE_DIR = CACHE_DIR / "graphile"
 GRAPHILE_SCRIPT = PROJECT_DIR / "bench" / "graphile" / "worker.js"
 GRAPHILE_VERSION = "0.17.3"  # the newest that runs on Node 20: 0.18 needs Node >= 22.18
@@ -44,24 +44,19 @@ IDLE_BEFORE_LATENCY_S = 2.0
 STOP_TIMEOUT_S = 20.0
 NEVER = datetime.min.replace(tzinfo=UTC)  # a phase mark before every job
 
-# Both systems expose their finished jobs as bench.run, so one set of queries measures both.
+# Both systems show their finished jobs as bench.run, so the same queries measure both.
 STUDIO_SCHEMA = """
 CREATE SCHEMA bench;
-CREATE VIEW bench.run AS
-    SELECT enqueued_at, started_at, finished_at FROM studio.job
-     WHERE actor_name = 'bench-noop' AND status = 'completed';
+CREATE VIEW bench.run AS SELECT enqueued_at, started_at, finished_at FROM studio.job
+ WHERE actor_name = 'bench-noop' AND status = 'completed';
 """
+# graphile-worker deletes completed jobs: its task records times here (see graphile/worker.js).
 GRAPHILE_SCHEMA = """
 CREATE SCHEMA bench;
-CREATE TABLE bench.graphile_job (
-    job_id bigint PRIMARY KEY,
-    created_at timestamptz NOT NULL,
-    started_at timestamptz NOT NULL,
-    finished_at timestamptz
-);
-CREATE VIEW bench.run AS
-    SELECT created_at AS enqueued_at, started_at, finished_at FROM bench.graphile_job
-     WHERE finished_at IS NOT NULL;
+CREATE TABLE bench.graphile_job (job_id bigint PRIMARY KEY, created_at timestamptz NOT NULL,
+                                 started_at timestamptz NOT NULL, finished_at timestamptz);
+CREATE VIEW bench.run AS SELECT created_at AS enqueued_at, started_at, finished_at
+  FROM bench.graphile_job WHERE finished_at IS NOT NULL;
 """
 FINISHED = "SELECT count(*) FROM bench.run WHERE enqueued_at >= %s"
 THROUGHPUT = """
@@ -101,12 +96,12 @@ class Worker:
 
 @dataclass(frozen=True)
 class System:
-    """One job system under test: how to set up its database, enqueue in SQL and run a worker."""
+    """A job system under test: its database setup, its SQL enqueue and its worker."""
 
     name: str
     database: str
-    add_jobs_sql: str  # its bulk enqueue in SQL; takes the number of jobs
-    add_job_sql: str  # its single-job enqueue in SQL
+    add_jobs_sql: LiteralString  # bulk enqueue; takes the number of jobs
+    add_job_sql: LiteralString  # single-job enqueue
     prepare: Callable[[str], None]
     start_worker: Callable[[str, Options], Worker]
 
@@ -126,27 +121,21 @@ def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def with_database(url: str, name: str) -> str:
-    """The same server URL naming another database."""
-    return urlunsplit(urlsplit(url)._replace(path="/" + name))
-
-
 def fresh_database(server_url: str, name: str) -> str:
     """Drop and create database name on the server; returns its URL."""
     database = sql.Identifier(name)
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(database))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(database))
-    return with_database(server_url, name)
+    return urlunsplit(urlsplit(server_url)._replace(path="/" + name))
 
 
-def scalar(url: str, query: str, params: tuple[Any, ...] = ()) -> Any:
+def scalar(url: str, query: LiteralString, params: tuple[Any, ...] = ()) -> Any:
     """The first column of the first row of query."""
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(query, params).fetchone()
     assert row is not None
     return row[0]
-
 
 
 def spawn(argv: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> Worker:
@@ -158,31 +147,19 @@ def spawn(argv: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> Wo
     return Worker(process, log_path)
 
 
-def stop(worker: Worker) -> None:
-    """SIGTERM, a bounded wait, then SIGKILL for whatever is left of its process group."""
-    process = worker.process
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        with suppress(subprocess.TimeoutExpired):
-            process.wait(STOP_TIMEOUT_S)
-    with suppress(ProcessLookupError):  # e.g. Dramatiq's forked worker, had it outlived its parent
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-
-
 @contextmanager
 def running(worker: Worker) -> Iterator[Worker]:
-    """The worker, stopped on leaving the block whatever happened."""
+    """The worker; on leaving, SIGTERM, a bounded wait, then SIGKILL for its whole group."""
     try:
         yield worker
     finally:
-        stop(worker)
-
-
-def log_tail(worker: Worker, lines: int = 15) -> str:
-    """The last lines the worker printed, to explain a failure."""
-    text = worker.log_path.read_text(errors="replace") if worker.log_path.exists() else ""
-    return "\n".join(text.splitlines()[-lines:])
+        if worker.process.poll() is None:
+            worker.process.send_signal(signal.SIGTERM)
+            with suppress(subprocess.TimeoutExpired):
+                worker.process.wait(STOP_TIMEOUT_S)
+        with suppress(ProcessLookupError):  # e.g. Dramatiq's forked worker, had it outlived us
+            os.killpg(worker.process.pid, signal.SIGKILL)
+        worker.process.wait()
 
 
 def wait_finished(url: str, since: datetime, expected: int, worker: Worker,
@@ -191,25 +168,21 @@ def wait_finished(url: str, since: datetime, expected: int, worker: Worker,
     deadline = time.monotonic() + timeout_s
     while (done := scalar(url, FINISHED, (since,))) < expected:
         if worker.process.poll() is not None:
+            tail = "\n".join(worker.log_path.read_text(errors="replace").splitlines()[-15:])
             raise BenchError(f"the worker exited with code {worker.process.returncode} after "
-                             f"{done} of {expected} jobs:\n{log_tail(worker)}")
+                             f"{done} of {expected} jobs:\n{tail}")
         if time.monotonic() > deadline:
             raise BenchError(f"only {done} of {expected} jobs finished within {timeout_s:g} s "
                              f"(worker output: {worker.log_path})")
         time.sleep(0.2)
 
 
-def batch_sizes(total: int, batch: int) -> list[int]:
-    """total split into batches of at most batch."""
-    return [min(batch, total - start) for start in range(0, total, batch)]
-
-
 def enqueue_backlog(url: str, system: System, jobs: int) -> float:
     """Add jobs in SQL, ENQUEUE_BATCH per transaction; returns jobs per second."""
     started = time.perf_counter()
     with psycopg.connect(url) as conn:
-        for size in batch_sizes(jobs, ENQUEUE_BATCH):
-            conn.execute(system.add_jobs_sql.encode(), (size,))
+        for first in range(0, jobs, ENQUEUE_BATCH):
+            conn.execute(system.add_jobs_sql, (min(ENQUEUE_BATCH, jobs - first),))
             conn.commit()
     return jobs / (time.perf_counter() - started)
 
@@ -221,7 +194,7 @@ def enqueue_paced(url: str, system: System, jobs: int, interval_ms: float) -> da
         started = time.perf_counter()
         for index in range(jobs):
             time.sleep(max(0.0, started + index * interval_ms / 1000 - time.perf_counter()))
-            conn.execute(system.add_job_sql.encode())
+            conn.execute(system.add_job_sql)
     assert row is not None
     return row[0]  # type: ignore[no-any-return]
 
@@ -251,51 +224,46 @@ def run_system(system: System, server_url: str, options: Options) -> Result:
     return measure(url, system.name, mark, enqueue_rate)
 
 
-# Ours: the same SQL enqueue API producers use, and `studio worker` as deployed.
+# Ours: the SQL enqueue API producers use, and `studio worker` as deployed.
 
 def prepare_studio(url: str) -> None:
     """Migrate, register the bench actor (studio.add_job checks it) and add bench.run."""
     migrate(url)
-    sys.path.insert(0, str(PROJECT_DIR))  # bench/ is not part of the installed packages
+    sys.path.insert(0, str(PROJECT_DIR))  # bench/ is not one of the installed packages
     importlib.import_module("bench.noop_actors")  # nothing connects at import
     from actors import broker
     from actors.middleware import actor_infos
 
     with psycopg.connect(url) as conn:
         store.register_actors(conn, actor_infos(broker))
-        conn.execute(STUDIO_SCHEMA.encode())
+        conn.execute(STUDIO_SCHEMA)
 
 
 def start_studio_worker(url: str, options: Options) -> Worker:
     """`studio worker bench.noop_actors`: one process, options.concurrency threads."""
-    studio = Path(sys.executable).with_name("studio")
     env = {"DATABASE_URL": url, "WORKER_CONCURRENCY": str(options.concurrency),
            "WORKER_POLL_INTERVAL": str(options.poll_interval_ms)}
+    studio = Path(sys.executable).with_name("studio")
     return spawn([str(studio), "worker", "bench.noop_actors"], env, PROJECT_DIR,
                  CACHE_DIR / "studio-worker.log")
 
 
-# We have no bulk function: studio.add_job runs once per row.
 STUDIO = System(
     name="ours", database="bench_studio",
+    # We have no bulk function: studio.add_job runs once per row.
     add_jobs_sql="SELECT count(studio.add_job('bench-noop')) FROM generate_series(1, %s)",
     add_job_sql="SELECT studio.add_job('bench-noop')",
     prepare=prepare_studio, start_worker=start_studio_worker)
 
 
-# graphile-worker: installed from npm into the git-ignored cache, run from bench/graphile/.
-
-def installed_graphile_version() -> str | None:
-    """The graphile-worker version in the cache, if any."""
-    package = GRAPHILE_DIR / "node_modules" / "graphile-worker" / "package.json"
-    return str(json.loads(package.read_text())["version"]) if package.exists() else None
-
+# graphile-worker: installed from npm into the cache, run by bench/graphile/worker.js.
 
 def install_graphile() -> None:
     """npm install graphile-worker into the cache unless that version is already there."""
     if not (shutil.which("node") and shutil.which("npm")):
         raise BenchError("--compare graphile-worker needs node and npm on PATH")
-    if installed_graphile_version() == GRAPHILE_VERSION:
+    package = GRAPHILE_DIR / "node_modules" / "graphile-worker" / "package.json"
+    if package.exists() and json.loads(package.read_text())["version"] == GRAPHILE_VERSION:
         return
     log(f"installing graphile-worker@{GRAPHILE_VERSION} into {GRAPHILE_DIR}")
     GRAPHILE_DIR.mkdir(parents=True, exist_ok=True)
@@ -315,11 +283,11 @@ def prepare_graphile(url: str) -> None:
     subprocess.run(["node", str(GRAPHILE_SCRIPT), "migrate"], env={**os.environ, **node_env(url)},
                    cwd=GRAPHILE_DIR, check=True, timeout=120)
     with psycopg.connect(url) as conn:
-        conn.execute(GRAPHILE_SCHEMA.encode())
+        conn.execute(GRAPHILE_SCHEMA)
 
 
 def start_graphile_worker(url: str, options: Options) -> Worker:
-    """`node worker.js run`: one process, options.concurrency concurrent jobs."""
+    """`node worker.js run`: one process running options.concurrency jobs at once."""
     argv = ["node", str(GRAPHILE_SCRIPT), "run", str(options.concurrency),
             str(options.poll_interval_ms)]
     return spawn(argv, node_env(url), GRAPHILE_DIR, CACHE_DIR / "graphile-worker.log")
@@ -327,11 +295,9 @@ def start_graphile_worker(url: str, options: Options) -> Worker:
 
 GRAPHILE = System(
     name="graphile-worker", database="bench_graphile",
-    add_jobs_sql="""
-        SELECT count(*) FROM graphile_worker.add_jobs(ARRAY(
-            SELECT ROW('bench-noop', NULL, NULL, NULL, NULL, NULL, NULL, NULL)
-                       ::graphile_worker.job_spec
-              FROM generate_series(1, %s)))""",
+    add_jobs_sql="""SELECT count(*) FROM graphile_worker.add_jobs(ARRAY(
+        SELECT ROW('bench-noop', NULL, NULL, NULL, NULL, NULL, NULL, NULL)::graphile_worker.job_spec
+          FROM generate_series(1, %s)))""",
     add_job_sql="SELECT graphile_worker.add_job('bench-noop')",
     prepare=prepare_graphile, start_worker=start_graphile_worker)
 
@@ -372,14 +338,14 @@ def report(results: list[Result], options: Options, postgres: str) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("-n", "--jobs", type=int, default=10_000, help="jobs in the backlog")
     parser.add_argument("--compare", choices=["graphile-worker"], help="also run this system")
     parser.add_argument("--latency-jobs", type=int, default=200, help="jobs sent one by one")
     parser.add_argument("--latency-interval-ms", type=float, default=10.0,
                         help="time between those jobs")
     parser.add_argument("--timeout-s", type=float, default=None,
-                        help="give up waiting for a workload after this (default 60 + n/50)")
+                        help="give up on a workload after this long (default 60 + n/50)")
     return parser.parse_args(argv)
 
 
@@ -408,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     systems = [STUDIO, GRAPHILE] if args.compare else [STUDIO]
     try:
         results = [run_system(system, url, options) for system in systems]
-    except (BenchError, subprocess.SubprocessError) as error:
+    except (BenchError, subprocess.SubprocessError, psycopg.Error) as error:
         print(f"bench failed: {error}", file=sys.stderr)
         return 1
     print(report(results, options, f"{scalar(url, 'SHOW server_version')} {where}"))

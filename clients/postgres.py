@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import warnings
 from collections.abc import Callable
@@ -49,8 +50,43 @@ def url_resolver(database_url: str | None, embedded_dir: Path) -> Callable[[], s
     return lambda: embedded_url(embedded_dir)
 
 
-def make_pool(conninfo: Callable[[], str], *, max_size: int, name: str) -> ConnectionPool:
-    """A pool that opens connections on demand (none at construction)."""
+class ForkSafePool:
+    """A psycopg pool made on first use in each process: a pool's threads and sockets must not
+    be shared with a forked child (Dramatiq's worker processes, preforking web servers)."""
+
+    def __init__(self, factory: Callable[[], ConnectionPool]) -> None:
+        self._factory = factory
+        self._pool: ConnectionPool | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+        self._inherited: list[ConnectionPool] = []  # kept, never closed: their sockets are the parent's
+
+    def current(self) -> ConnectionPool:
+        """This process's pool."""
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    if self._pool is not None:
+                        self._inherited.append(self._pool)
+                    self._pool, self._pid = self._factory(), os.getpid()
+        assert self._pool is not None
+        return self._pool
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.current(), name)
+
+    def close(self) -> None:
+        """Close this process's pool, if it made one."""
+        if self._pool is not None and self._pid == os.getpid():
+            self._pool.close()
+
+
+def make_pool(conninfo: Callable[[], str], *, max_size: int, name: str) -> ForkSafePool:
+    """A fork-safe pool that opens connections on demand (none at construction)."""
+    return ForkSafePool(lambda: _pool(conninfo, max_size=max_size, name=name))
+
+
+def _pool(conninfo: Callable[[], str], *, max_size: int, name: str) -> ConnectionPool:
     return ConnectionPool(
         conninfo,
         kwargs={"application_name": name, "keepalives": 1, "keepalives_idle": 5,

@@ -3,7 +3,10 @@ can join the caller's transaction."""
 
 from __future__ import annotations
 
+import os
+import weakref
 from typing import Any
+from uuid import uuid4
 
 import dramatiq
 import tenacity
@@ -13,7 +16,8 @@ from dramatiq_postgres import PostgresBroker
 from dramatiq_postgres.utils import tidy4json, transaction
 from psycopg import Connection, OperationalError
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
+
+from clients.postgres import ForkSafePool
 
 ENQUEUE = "SELECT studio.enqueue_message(%s::jsonb, %s::bigint)"
 
@@ -28,6 +32,12 @@ retry_on_disconnect = tenacity.retry(
 
 class StudioBroker(PostgresBroker):  # type: ignore[misc]
     """PostgresBroker whose enqueue goes through studio.enqueue_message."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        # A forked child is another worker: it must not heartbeat under its parent's id.
+        alive = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _new_identity(alive()))
 
     def close(self) -> None:
         """Stop listening and close the pool (built for this broker, so ours to close)."""
@@ -60,7 +70,12 @@ class StudioBroker(PostgresBroker):  # type: ignore[misc]
         return message
 
 
-def build_broker(pool: ConnectionPool, *, poll_interval_s: float, heartbeat_ttl_s: float,
+def _new_identity(broker: StudioBroker | None) -> None:
+    if broker is not None:
+        broker.worker_id = str(uuid4())
+
+
+def build_broker(pool: ForkSafePool, *, poll_interval_s: float, heartbeat_ttl_s: float,
                  retention_days: float, middleware: list[Middleware]) -> StudioBroker:
     """A broker on pool; crashed workers' jobs come back after about heartbeat_ttl_s."""
     return StudioBroker(
