@@ -105,3 +105,16 @@ def test_studio_worker_reload_restarts_on_a_code_change_and_keeps_running_jobs(
     finally:
         probe.unlink(missing_ok=True)
         worker.stop()
+
+
+def test_studio_dev_runs_jobs_on_the_embedded_database_with_no_server_configured(tmp_path):
+    env = {"DATABASE_URL": "", "EMBEDDED_PG_DIR": str(tmp_path / "pgdata")}
+    dev = start(["studio", "dev"], tmp_path / "dev.log", env)
+    try:
+        _wait_ready(dev, timeout_s=60)
+        result = run(["studio", "ping", "--timeout", "20"], env)
+        assert result.returncode == 0, result.stderr + dev.output()
+        assert result.stdout.startswith("pong")
+    finally:
+        assert dev.stop() == 0, dev.output()
+    assert "applied 2 migration(s)" in dev.output()
