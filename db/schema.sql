@@ -156,6 +156,7 @@ CREATE TABLE studio.job_attempt (
     worker text NOT NULL,
     started_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
     finished_at timestamp with time zone,
+    duration_ms double precision GENERATED ALWAYS AS ((EXTRACT(epoch FROM (finished_at - started_at)) * (1000)::numeric)) STORED,
     outcome text,
     error_type text,
     error_message text,

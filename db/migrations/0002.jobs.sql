@@ -47,6 +47,8 @@ CREATE TABLE studio.job_attempt (
     worker text NOT NULL,
     started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     finished_at timestamptz,
+    duration_ms double precision
+        GENERATED ALWAYS AS (extract(epoch FROM finished_at - started_at) * 1000) STORED,
     outcome text CHECK (outcome IN ('completed', 'retrying', 'failed', 'interrupted')),
     error_type text,
     error_message text,

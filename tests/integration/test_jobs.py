@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import os
 import time
 
 import dramatiq
 import psycopg
+import pytest
 
 from actors.middleware import JobHistory
 from jobs.broker import send_in_transaction
@@ -23,7 +25,10 @@ def test_a_job_sent_with_actor_send_runs_and_is_recorded_as_completed(database_u
     assert row["actor_name"] == "test-record" and row["queue_name"] == "test"
     assert row["attempts"] == 1 and row["error_type"] is None
     assert row["enqueued_at"] <= row["started_at"] <= row["finished_at"]
-    assert [a["outcome"] for a in attempts(database_url, message.message_id)] == ["completed"]
+    (attempt,) = attempts(database_url, message.message_id)
+    assert attempt["outcome"] == "completed" and attempt["worker"].endswith(f":{os.getpid()}")
+    elapsed_ms = (attempt["finished_at"] - attempt["started_at"]).total_seconds() * 1000
+    assert attempt["duration_ms"] == pytest.approx(elapsed_ms, abs=0.01)
 
 
 def test_a_job_added_with_the_sql_function_runs(database_url, db, worker):
