@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util  # TEMP until service_fixtures lands
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +17,7 @@ from jobs.broker import StudioBroker
 from settings import Settings
 from tests.support.db import build_template, cloned_database, server_url
 
-pytest_plugins = ["tests.support.service_fixtures"] if importlib.util.find_spec("tests.support.service_fixtures") else []
+pytest_plugins = ["tests.support.service_fixtures"]
 
 
 def _register_actors(conn: psycopg.Connection[Any]) -> None:
