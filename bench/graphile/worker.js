@@ -6,12 +6,13 @@
 const { Logger, run, runMigrations } = require("graphile-worker");
 
 // graphile-worker deletes a job when it completes, so the task records its own times.
-// Per job, graphile-worker claims it (get_job) and deletes it (complete_job); the task adds one
-// INSERT as it starts and one UPDATE as it ends. Our side claims (a batch of up to
-// WORKER_CONCURRENCY), writes studio.job/job_attempt once before and once after the actor, and
-// acks (a DELETE). Both thus make about four round trips per job, two of them bookkeeping
-// writes timed with clock_timestamp(). created_at is read from the job row (still present while
-// the job runs) because the JS Date in helpers.job only keeps milliseconds.
+// Per job, graphile-worker commits get_job (the claim) and complete_job (a DELETE); the task
+// adds one INSERT as it starts and one UPDATE as it ends. Per job, ours commits a claim (of a
+// batch of up to WORKER_CONCURRENCY jobs), the JobHistory middleware's writes to studio.job and
+// studio.job_attempt before and after the actor, and the ack (a DELETE). So each side commits
+// about four transactions per job, two of them bookkeeping writes stamped with clock_timestamp().
+// created_at is read from the job row (still there while the job runs) because the JS Date in
+// helpers.job keeps only milliseconds.
 const START = `
 INSERT INTO bench.graphile_job (job_id, created_at, started_at)
 SELECT id, created_at, clock_timestamp() FROM graphile_worker._private_jobs WHERE id = $1`;
