@@ -23,6 +23,7 @@ from dramatiq.middleware import (
 
 from clients.postgres import ForkSafePool
 from jobs import store
+from jobs.broker import StudioBroker
 from jobs.errors import PermanentError, RateLimited
 
 logger = logging.getLogger(__name__)
@@ -31,8 +32,9 @@ RETENTION_SWEEP_S = 600.0
 
 
 class StudioRetries(Retries):
-    """Dramatiq's exponential-backoff retries, plus: PermanentError is never retried and
-    RateLimited is retried after exactly the delay the other side asked for."""
+    """Dramatiq's exponential-backoff retries, plus: PermanentError is never retried, RateLimited
+    is retried after exactly the delay the other side asked for, and the retry is written in the
+    same transaction as the acknowledgement."""
 
     def after_process_message(self, broker: dramatiq.Broker, message: Any, *,
                               result: Any = None, exception: BaseException | None = None) -> None:
@@ -42,7 +44,24 @@ class StudioRetries(Retries):
             return
         if isinstance(exception, RateLimited):
             exception = Retry(str(exception), delay=round(exception.retry_after_s * 1000))
-        super().after_process_message(broker, message, result=result, exception=exception)
+        super().after_process_message(_RetryOnSettle(broker), message, result=result,
+                                      exception=exception)
+
+
+class _RetryOnSettle:
+    """Stands in for the broker in Retries: its re-enqueue is deferred to the acknowledgement."""
+
+    def __init__(self, broker: StudioBroker) -> None:
+        self._broker = broker
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._broker, name)
+
+    def enqueue(self, message: Any, *, delay: int | None = None) -> Any:
+        broker = self._broker
+        broker.settle_with(message.message_id,
+                           lambda conn: broker.enqueue_on(conn, message, delay=delay))
+        return message
 
 
 def _worker_name() -> str:
@@ -88,15 +107,15 @@ class JobHistory(Middleware):
             attempt = store.start_attempt(conn, message.asdict(), max_retries, _worker_name())
         self.attempts[message.message_id] = attempt
 
-    def after_process_message(self, broker: dramatiq.Broker, message: Any, *,
+    def after_process_message(self, broker: StudioBroker, message: Any, *,
                               result: Any = None, exception: BaseException | None = None) -> None:
         attempt = self.attempts.pop(message.message_id, None)
         if attempt is None:
             return
         outcome = (store.Outcome("completed", "completed") if exception is None
                    else _error_outcome(message, exception))
-        with self.pool.connection() as conn:
-            store.finish_attempt(conn, message.message_id, attempt, outcome)
+        broker.settle_with(message.message_id, lambda conn: store.finish_attempt(
+            conn, message.message_id, attempt, outcome))
 
     def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
         self.attempts.pop(message.message_id, None)

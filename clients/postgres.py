@@ -95,6 +95,8 @@ def _pool(conninfo: Callable[[], str], *, max_size: int, name: str) -> Connectio
         max_size=max_size,
         open=True,
         check=ConnectionPool.check_connection,
+        # Fail fast during an outage: callers retry (Dramatiq's acks every 5 s, enqueue 5 times).
+        timeout=5.0,
     )
 
 

@@ -1,10 +1,14 @@
-"""The PostgreSQL broker, extended so every enqueue records its job, de-duplicates by key and
-can join the caller's transaction."""
+"""The PostgreSQL broker, extended so that every enqueue records its job, de-duplicates by key and
+can join the caller's transaction, and so that acknowledging a message commits, in the same
+transaction, whatever the middleware deferred to that moment (history, the retry)."""
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 from uuid import uuid4
 
@@ -13,11 +17,16 @@ import tenacity
 from dramatiq.common import current_millis, dq_name
 from dramatiq.middleware import Middleware
 from dramatiq_postgres import PostgresBroker
-from dramatiq_postgres.utils import tidy4json, transaction
-from psycopg import Connection, OperationalError
-from psycopg.types.json import Jsonb
+from dramatiq_postgres.broker import QUERIES, PostgresConsumer
+from dramatiq_postgres.utils import raise_connection_error, tidy4json, transaction
+from psycopg import Connection, DatabaseError, OperationalError
+from psycopg.types.json import Json, Jsonb
 
 from clients.postgres import ForkSafePool
+
+logger = logging.getLogger(__name__)
+
+Settlement = Callable[[Connection[Any]], None]
 
 ENQUEUE = "SELECT studio.enqueue_message(%s::jsonb, %s::bigint)"
 
@@ -38,6 +47,24 @@ class StudioBroker(PostgresBroker):  # type: ignore[misc]
         # A forked child is another worker: it must not heartbeat under its parent's id.
         alive = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _new_identity(alive()))
+        self._settlements: dict[str, list[Settlement]] = {}
+        self._settlements_lock = threading.Lock()
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> StudioConsumer:
+        """A consumer whose ack and nack carry the deferred writes."""
+        return StudioConsumer(broker=self, queue_name=queue_name, prefetch=prefetch, timeout=timeout)
+
+    def settle_with(self, message_id: str, write: Settlement) -> None:
+        """Run write in the transaction that acks or rejects message_id, so both happen or neither."""
+        with self._settlements_lock:
+            self._settlements.setdefault(message_id, []).append(write)
+
+    def settlements(self, message_id: str, *, forget: bool = False) -> list[Settlement]:
+        """The writes deferred to message_id's settlement (and drop them, with forget)."""
+        with self._settlements_lock:
+            if forget:
+                return self._settlements.pop(message_id, [])
+            return list(self._settlements.get(message_id, []))
 
     def close(self) -> None:
         """Stop listening and close the pool (built for this broker, so ours to close)."""
@@ -101,3 +128,45 @@ def send_in_transaction(conn: Connection[Any], actor: dramatiq.Actor[Any, Any], 
     broker = actor.broker
     assert isinstance(broker, StudioBroker)
     return broker.enqueue_on(conn, message, delay=delay_ms)
+
+
+class StudioConsumer(PostgresConsumer):  # type: ignore[misc]
+    """Acks and rejects in one transaction with the writes deferred to them. Dramatiq retries a
+    settlement that fails on a lost connection until the database is back, so a job's history and
+    its retry are never lost to an outage between the job's end and its acknowledgement."""
+
+    @raise_connection_error  # type: ignore[untyped-decorator]
+    def ack(self, message: Any) -> None:
+        """Delete the message (or leave it rescheduled by a deferred retry)."""
+        self._settle(message, QUERIES.ACK, (message.message_id, message.queue_name,
+                                            self._done_channel(message), message.message_id))
+
+    @raise_connection_error  # type: ignore[untyped-decorator]
+    def nack(self, message: Any) -> None:
+        """Mark the message rejected, keeping its traceback in its options."""
+        self._settle(message, QUERIES.NACK, (Json(tidy4json(message)), message.message_id,
+                                             message.queue_name, self._done_channel(message),
+                                             message.message_id))
+
+    def _done_channel(self, message: Any) -> str:
+        return f"dramatiq.{message.queue_name}.ack"
+
+    def _settle(self, message: Any, query: str, params: tuple[Any, ...]) -> None:
+        writes = self.broker.settlements(message.message_id)
+        try:
+            self._commit(writes, query, params)
+        except OperationalError:
+            raise  # Dramatiq waits and tries again
+        except DatabaseError:
+            logger.critical("Deferred writes for %s failed; settling without them.",
+                            message.message_id, exc_info=True)
+            self._commit([], query, params)
+        self.broker.settlements(message.message_id, forget=True)
+        self.in_processing.discard(message.message_id)
+        self.wakeup.set()
+
+    def _commit(self, writes: list[Settlement], query: str, params: tuple[Any, ...]) -> None:
+        with transaction(self.pool) as cursor:
+            for write in writes:
+                write(cursor.connection)
+            cursor.execute(query, params)

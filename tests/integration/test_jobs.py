@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from urllib.parse import urlsplit
 
 import dramatiq
 import psycopg
@@ -13,7 +14,8 @@ import pytest
 from actors.middleware import JobHistory
 from jobs.broker import send_in_transaction
 from tests.support import actors as test_actors
-from tests.support.waiting import attempts, job, marks, wait_for_status
+from tests.support.db import with_dbname
+from tests.support.waiting import attempts, job, marks, wait_for, wait_for_status
 
 
 def test_a_job_sent_with_actor_send_runs_and_is_recorded_as_completed(database_url, worker):
@@ -203,3 +205,28 @@ def test_completed_jobs_past_retention_are_removed_and_failed_ones_kept(database
     assert attempts(database_url, old.message_id) == []
     assert job(database_url, recent.message_id)["status"] == "completed"
     assert job(database_url, failed.message_id)["status"] == "failed"
+
+
+def _cut_connections(pg_server: str, database_url: str, allow: bool) -> None:
+    name = urlsplit(database_url).path.lstrip("/")
+    with psycopg.connect(with_dbname(pg_server, "postgres"), autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {str(allow).lower()}')
+        if not allow:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = %s", (name,))
+
+
+def test_a_job_that_ends_during_a_database_outage_is_recorded_once_the_database_is_back(
+        pg_server, database_url, worker):
+    message = test_actors.mark_then_sleep.send("outage", 1.0)
+    wait_for(lambda: marks(database_url, "outage"), what="the job to start")
+
+    _cut_connections(pg_server, database_url, allow=False)
+    time.sleep(7)  # longer than the pool's 5 s wait: the job ends, its settlement must wait
+    _cut_connections(pg_server, database_url, allow=True)
+
+    row = wait_for_status(database_url, message.message_id, "completed", timeout_s=40)
+    assert row["attempts"] == 1
+    assert [a["outcome"] for a in attempts(database_url, message.message_id)] == ["completed"]
+    after = test_actors.record.send("after-outage")
+    wait_for_status(database_url, after.message_id, "completed", timeout_s=30)

@@ -72,3 +72,10 @@ def too_slow(key: str) -> None:
     for _ in range(100):  # the limit is delivered between bytecodes, so sleep in small steps
         time.sleep(0.05)
     mark(key + ":done")
+
+
+@dramatiq.actor(actor_name="test-mark-then-sleep", queue_name="test", max_retries=0)
+def mark_then_sleep(key: str, seconds: float) -> None:
+    """Marks its start, then only sleeps: its end needs no database."""
+    mark(key)
+    time.sleep(seconds)
