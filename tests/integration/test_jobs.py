@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 import time
 from urllib.parse import urlsplit
 
@@ -12,6 +13,7 @@ import psycopg
 import pytest
 
 from actors.middleware import JobHistory
+from clients.postgres import bundled_binary
 from jobs.broker import send_in_transaction
 from tests.support import actors as test_actors
 from tests.support.db import with_dbname
@@ -230,3 +232,24 @@ def test_a_job_that_ends_during_a_database_outage_is_recorded_once_the_database_
     assert [a["outcome"] for a in attempts(database_url, message.message_id)] == ["completed"]
     after = test_actors.record.send("after-outage")
     wait_for_status(database_url, after.message_id, "completed", timeout_s=30)
+
+
+def test_psql_can_enqueue_in_its_own_transaction_and_a_rollback_discards_the_job(database_url, worker):
+    psql = str(bundled_binary("psql"))
+    script = """
+        BEGIN;
+        SELECT studio.add_job('test-record', '{"key": "psql-rolled-back"}');
+        ROLLBACK;
+        BEGIN;
+        UPDATE test_mark SET key = key WHERE false;  -- the row that caused the job, in real life
+        SELECT studio.add_job('test-record', '{"key": "psql-committed"}');
+        COMMIT;
+    """
+    result = subprocess.run([psql, database_url, "-v", "ON_ERROR_STOP=1", "-qAt"], input=script,
+                            capture_output=True, text=True, timeout=30, check=False)
+
+    assert result.returncode == 0, result.stderr
+    rolled_back_id, committed_id = result.stdout.split()
+    wait_for_status(database_url, committed_id, "completed")
+    assert job(database_url, rolled_back_id) is None
+    assert marks(database_url, "psql-rolled-back") == []

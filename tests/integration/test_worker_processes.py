@@ -67,7 +67,7 @@ def test_studio_worker_once_runs_every_runnable_job_then_exits(database_url, bro
 
 
 def test_a_job_whose_worker_is_killed_is_redelivered_and_completes_within_30_s(
-        database_url, broker, tmp_path):
+        database_url, broker, tmp_path, capsys):
     env = {"DATABASE_URL": database_url}
     argv = ["studio", "worker", "actors", "tests.support.actors"]
     first = start(argv, tmp_path / "first.log", env)
@@ -83,7 +83,8 @@ def test_a_job_whose_worker_is_killed_is_redelivered_and_completes_within_30_s(
         recovered_s = time.monotonic() - killed_at
     finally:
         second.stop()
-    print(f"\nSIGKILLed job redelivered and completed {recovered_s:.1f} s after the kill")
+    with capsys.disabled():
+        print(f"\n[measured] SIGKILLed job redelivered and completed {recovered_s:.1f} s after the kill")
     tries = attempts(database_url, message.message_id)
     assert [a["outcome"] for a in tries] == ["interrupted", "completed"]
     assert tries[0]["worker"] != tries[1]["worker"]
