@@ -117,11 +117,20 @@ class JobHistory(Middleware):
         broker.settle_with(message.message_id, lambda conn: store.finish_attempt(
             conn, message.message_id, attempt, outcome))
 
-    def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
+    def after_skip_message(self, broker: StudioBroker, message: Any) -> None:
         self.attempts.pop(message.message_id, None)
-        with self.pool.connection() as conn:
-            store.fail_unstarted(conn, message.message_id, "dramatiq.SkipMessage",
-                                 "skipped without running (older than its max_age)")
+        broker.settle_with(message.message_id, lambda conn: store.fail_unstarted(
+            conn, message.message_id, "dramatiq.SkipMessage",
+            "skipped without running (older than its max_age)"))
+
+    def before_nack(self, broker: StudioBroker, message: Any) -> None:
+        """A message rejected before any attempt (say, for an actor a deploy removed) fails its job."""
+        if broker.settlements(message.message_id):
+            return
+        error = getattr(message, "_exception", None) or RuntimeError("rejected before it started")
+        broker.settle_with(message.message_id, lambda conn: store.fail_unstarted(
+            conn, message.message_id, f"{type(error).__module__}.{type(error).__qualname__}",
+            str(error)))
 
     def _sweep_forever(self) -> None:
         while not self.stopping.is_set():

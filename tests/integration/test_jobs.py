@@ -253,3 +253,15 @@ def test_psql_can_enqueue_in_its_own_transaction_and_a_rollback_discards_the_job
     wait_for_status(database_url, committed_id, "completed")
     assert job(database_url, rolled_back_id) is None
     assert marks(database_url, "psql-rolled-back") == []
+
+
+def test_a_queued_job_whose_actor_no_longer_exists_fails_with_the_actor_named(database_url, db, worker):
+    orphan = test_actors.record.message("orphan")
+    orphan = orphan.copy(actor_name="removed-in-last-deploy")
+
+    db.execute("SELECT studio.enqueue_message(%s::jsonb, 0)", (orphan.encode().decode(),))
+
+    row = wait_for_status(database_url, orphan.message_id, "failed")
+    assert row["error_type"] == "dramatiq.errors.ActorNotFound"
+    assert "removed-in-last-deploy" in row["error_message"]
+    assert db.execute("SELECT state::text FROM dramatiq.queue").fetchall() == [("rejected",)]
