@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import traceback
 from typing import Any
@@ -23,7 +21,7 @@ from dramatiq.middleware import (
 
 from clients.postgres import ForkSafePool
 from jobs import store
-from jobs.broker import StudioBroker
+from jobs.broker import StudioBroker, worker_name
 from jobs.errors import PermanentError, RateLimited
 
 logger = logging.getLogger(__name__)
@@ -64,10 +62,6 @@ class _RetryOnSettle:
         return message
 
 
-def _worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def _error_outcome(message: Any, exception: BaseException) -> store.Outcome:
     failed = bool(message.failed)
     return store.Outcome(
@@ -87,7 +81,7 @@ class JobHistory(Middleware):
         self.pool = pool
         self.default_max_retries = default_max_retries
         self.retention_s = retention_days * 86_400
-        self.attempts: dict[str, int] = {}
+        self.attempts: dict[str, tuple[int, int]] = {}  # message id -> (attempt, max retries)
         self.stopping = threading.Event()
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
@@ -96,41 +90,56 @@ class JobHistory(Middleware):
         self.stopping.clear()
         threading.Thread(target=self._sweep_forever, name="studio-retention", daemon=True).start()
 
+    def before_worker_boot(self, broker: StudioBroker, worker: dramatiq.Worker) -> None:
+        broker.claim_limit = worker.worker_threads
+
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self.stopping.set()
 
-    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+    def before_process_message(self, broker: StudioBroker, message: Any) -> None:
         actor = broker.get_actor(message.actor_name)
         max_retries = message.options.get(
             "max_retries", actor.options.get("max_retries", self.default_max_retries))
-        with self.pool.connection() as conn:
-            attempt = store.start_attempt(conn, message.asdict(), max_retries, _worker_name())
-        self.attempts[message.message_id] = attempt
+        attempt = broker.take_started(message.message_id)
+        if attempt is None:  # not claimed by a StudioConsumer: start it here
+            with self.pool.connection() as conn:
+                attempt = store.start_attempt(conn, message.asdict(), max_retries, worker_name())
+        self.attempts[message.message_id] = (attempt, max_retries)
 
     def after_process_message(self, broker: StudioBroker, message: Any, *,
                               result: Any = None, exception: BaseException | None = None) -> None:
-        attempt = self.attempts.pop(message.message_id, None)
-        if attempt is None:
+        started = self.attempts.pop(message.message_id, None)
+        if started is None:
             return
+        attempt, max_retries = started
         outcome = (store.Outcome("completed", "completed") if exception is None
                    else _error_outcome(message, exception))
         broker.settle_with(message.message_id, lambda conn: store.finish_attempt(
-            conn, message.message_id, attempt, outcome))
+            conn, message.message_id, attempt, outcome, max_retries))
 
     def after_skip_message(self, broker: StudioBroker, message: Any) -> None:
-        self.attempts.pop(message.message_id, None)
-        broker.settle_with(message.message_id, lambda conn: store.fail_unstarted(
-            conn, message.message_id, "dramatiq.SkipMessage",
-            "skipped without running (older than its max_age)"))
+        self._fail_unrun(broker, message, "dramatiq.SkipMessage",
+                         "skipped without running (older than its max_age)")
 
     def before_nack(self, broker: StudioBroker, message: Any) -> None:
-        """A message rejected before any attempt (say, for an actor a deploy removed) fails its job."""
+        """A message rejected before it ran (say, for an actor a deploy removed) fails its job."""
         if broker.settlements(message.message_id):
             return
-        error = getattr(message, "_exception", None) or RuntimeError("rejected before it started")
-        broker.settle_with(message.message_id, lambda conn: store.fail_unstarted(
-            conn, message.message_id, f"{type(error).__module__}.{type(error).__qualname__}",
-            str(error)))
+        error = getattr(message, "_exception", None) or RuntimeError("rejected before it ran")
+        self._fail_unrun(broker, message, f"{type(error).__module__}.{type(error).__qualname__}",
+                         str(error))
+
+    def _fail_unrun(self, broker: StudioBroker, message: Any, error_type: str, error: str) -> None:
+        started = self.attempts.pop(message.message_id, None)
+        attempt = started[0] if started else broker.take_started(message.message_id)
+        outcome = store.Outcome("failed", "failed", error_type, error)
+        message_id = message.message_id
+        if attempt is None:
+            broker.settle_with(message_id, lambda conn: store.fail_unstarted(
+                conn, message_id, error_type, error))
+        else:
+            broker.settle_with(message_id, lambda conn: store.finish_attempt(
+                conn, message_id, attempt, outcome))
 
     def _sweep_forever(self) -> None:
         while not self.stopping.is_set():

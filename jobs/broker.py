@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import weakref
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from uuid import uuid4
 
 import dramatiq
 import tenacity
+from dramatiq import Message
 from dramatiq.common import current_millis, dq_name
 from dramatiq.middleware import Middleware
 from dramatiq_postgres import PostgresBroker
@@ -23,6 +25,7 @@ from psycopg import Connection, DatabaseError, OperationalError
 from psycopg.types.json import Json, Jsonb
 
 from clients.postgres import ForkSafePool
+from jobs import store
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +52,19 @@ class StudioBroker(PostgresBroker):  # type: ignore[misc]
         os.register_at_fork(after_in_child=lambda: _new_identity(alive()))
         self._settlements: dict[str, list[Settlement]] = {}
         self._settlements_lock = threading.Lock()
+        self.started: dict[str, int] = {}  # message id -> attempt started by our claim
+        self.claim_limit: int | None = None  # the worker's threads, once it boots
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> StudioConsumer:
-        """A consumer whose ack and nack carry the deferred writes."""
+        """A consumer that starts attempts as it claims and settles with the deferred writes.
+        It holds no more messages than the worker has threads, so idle workers get the rest."""
+        if self.claim_limit and queue_name not in self.delay_queues:
+            prefetch = min(prefetch, self.claim_limit)
         return StudioConsumer(broker=self, queue_name=queue_name, prefetch=prefetch, timeout=timeout)
+
+    def take_started(self, message_id: str) -> int | None:
+        """The attempt our claim started for message_id, if any (once)."""
+        return self.started.pop(message_id, None)
 
     def settle_with(self, message_id: str, write: Settlement) -> None:
         """Run write in the transaction that acks or rejects message_id, so both happen or neither."""
@@ -95,6 +107,11 @@ class StudioBroker(PostgresBroker):  # type: ignore[misc]
             message = message.copy(message_id=str(row[0]))
         self.emit_after("enqueue", message, delay)
         return message
+
+
+def worker_name() -> str:
+    """host:pid, as attempts record the worker that ran them."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _new_identity(broker: StudioBroker | None) -> None:
@@ -147,6 +164,31 @@ class StudioConsumer(PostgresConsumer):  # type: ignore[misc]
         self._settle(message, QUERIES.NACK, (Json(tidy4json(message)), message.message_id,
                                              message.queue_name, self._done_channel(message),
                                              message.message_id))
+
+    @raise_connection_error  # type: ignore[untyped-decorator]
+    def claim(self, limit: int) -> None:
+        """Claim due messages; for a work queue, start their attempts in the same statement."""
+        if self.queue_name in self.broker.delay_queues:
+            super().claim(limit)
+            return
+        with transaction(self.get_consume_conn()) as cursor:
+            rows = store.claim_and_start(cursor.connection, self.queue_name, limit,
+                                         self.broker.worker_id, worker_name())
+        for payload, attempt in rows:
+            message = Message.decode(payload.encode("utf-8"))
+            self.broker.started[message.message_id] = attempt
+            self.buffer.append(message)
+
+    @raise_connection_error  # type: ignore[untyped-decorator]
+    def requeue(self, messages: Any) -> None:
+        """Hand back claimed messages that never ran, forgetting their attempts."""
+        messages = list(messages)
+        unstarted = {m.message_id: a for m in messages
+                     if (a := self.broker.take_started(m.message_id)) is not None}
+        with transaction(self.get_consume_conn()) as cursor:
+            cursor.execute(QUERIES.REQUEUE, ([m.message_id for m in messages],))
+            if unstarted:
+                store.unstart(cursor.connection, unstarted)
 
     def _done_channel(self, message: Any) -> str:
         return f"dramatiq.{message.queue_name}.ack"

@@ -265,3 +265,31 @@ def test_a_queued_job_whose_actor_no_longer_exists_fails_with_the_actor_named(da
     assert row["error_type"] == "dramatiq.errors.ActorNotFound"
     assert "removed-in-last-deploy" in row["error_message"]
     assert db.execute("SELECT state::text FROM dramatiq.queue").fetchall() == [("rejected",)]
+
+
+def test_a_job_older_than_its_max_age_is_skipped_and_failed_with_the_reason(database_url, db, worker):
+    message = test_actors.record.send_with_options(args=("too-old",), max_age=1, delay=50)
+
+    row = wait_for_status(database_url, message.message_id, "failed")
+
+    assert row["error_type"] == "dramatiq.SkipMessage"
+    assert "older than its max_age" in row["error_message"]
+    assert marks(database_url, "too-old") == []
+    assert db.execute("SELECT count(*) FROM studio.job_attempt WHERE finished_at IS NULL").fetchone() == (0,)
+
+
+def test_a_claimed_job_handed_back_unstarted_is_pending_again_with_no_attempt(database_url, db, broker):
+    message = test_actors.record.send("handed-back")
+    consumer = broker.consume("test", prefetch=5)
+    try:
+        claimed = wait_for(lambda: next(consumer), what="the claim")
+        assert job(database_url, message.message_id)["status"] == "active"
+
+        consumer.requeue([claimed])
+    finally:
+        consumer.close()
+
+    row = job(database_url, message.message_id)
+    assert (row["status"], row["attempts"], row["started_at"]) == ("pending", 0, None)
+    assert attempts(database_url, message.message_id) == []
+    assert db.execute("SELECT state::text FROM dramatiq.queue").fetchall() == [("queued",)]
