@@ -105,8 +105,6 @@ def _say_reloading(changes: set[tuple[object, str]]) -> None:
 
 def run_dramatiq(settings: Settings, modules: list[str], *, processes: int) -> int:
     """Hand over to Dramatiq's own CLI with our settings applied."""
-    # A worker claims no more jobs than it runs, so idle workers get the rest.
-    os.environ["dramatiq_queue_prefetch"] = str(settings.worker_concurrency)  # noqa: SIM112 (its name)
     from dramatiq.cli import main as dramatiq_main
     from dramatiq.cli import make_argument_parser
 
