@@ -109,9 +109,10 @@ class JobHistory(Middleware):
     def after_process_message(self, broker: StudioBroker, message: Any, *,
                               result: Any = None, exception: BaseException | None = None) -> None:
         started = self.attempts.pop(message.message_id, None)
-        if started is None:
+        # Without our before-hook (another middleware's failed first), the claim's attempt is closed.
+        attempt, max_retries = started or (broker.take_started(message.message_id), None)
+        if attempt is None:
             return
-        attempt, max_retries = started
         outcome = (store.Outcome("completed", "completed") if exception is None
                    else _error_outcome(message, exception))
         broker.settle_with(message.message_id, lambda conn: store.finish_attempt(
