@@ -21,7 +21,7 @@ from dramatiq.middleware import (
 
 from clients.postgres import ForkSafePool
 from jobs import store
-from jobs.broker import StudioBroker, worker_name
+from jobs.broker import StudioBroker
 from jobs.errors import PermanentError, RateLimited
 
 logger = logging.getLogger(__name__)
@@ -100,11 +100,9 @@ class JobHistory(Middleware):
         actor = broker.get_actor(message.actor_name)
         max_retries = message.options.get(
             "max_retries", actor.options.get("max_retries", self.default_max_retries))
-        attempt = broker.take_started(message.message_id)
-        if attempt is None:  # not claimed by a StudioConsumer: start it here
-            with self.pool.connection() as conn:
-                attempt = store.start_attempt(conn, message.asdict(), max_retries, worker_name())
-        self.attempts[message.message_id] = (attempt, max_retries)
+        attempt = broker.take_started(message.message_id)  # the claim started it
+        if attempt is not None:
+            self.attempts[message.message_id] = (attempt, max_retries)
 
     def after_process_message(self, broker: StudioBroker, message: Any, *,
                               result: Any = None, exception: BaseException | None = None) -> None:

@@ -6,28 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from psycopg import Connection
-from psycopg.types.json import Jsonb
-
-START_ATTEMPT = """
-WITH job AS (
-    INSERT INTO studio.job AS j (message_id, actor_name, queue_name, message, status,
-                                 attempts, started_at, max_retries)
-    VALUES (%(id)s, %(actor)s, %(queue)s, %(message)s, 'active', 1, clock_timestamp(),
-            %(max_retries)s)
-    ON CONFLICT (message_id) DO UPDATE
-        SET status = 'active', attempts = j.attempts + 1, started_at = clock_timestamp(),
-            max_retries = EXCLUDED.max_retries, updated_at = clock_timestamp()
-    RETURNING attempts
-), interrupted AS (
-    UPDATE studio.job_attempt
-       SET outcome = 'interrupted', finished_at = clock_timestamp(),
-           error_message = 'the worker running this attempt stopped before it finished'
-     WHERE message_id = %(id)s AND finished_at IS NULL
-)
-INSERT INTO studio.job_attempt (message_id, attempt, worker)
-SELECT %(id)s, attempts, %(worker)s FROM job
-RETURNING attempt
-"""
 
 # The broker's claim (dramatiq-postgres's, same order and locking) that also starts an attempt
 # for each message claimed: one transaction instead of two per job. A worker claims no more
@@ -143,17 +121,6 @@ class ActorInfo:
     queue_name: str
     max_retries: int
     time_limit_ms: int
-
-
-def start_attempt(conn: Connection[Any], message: dict[str, Any], max_retries: int,
-                  worker: str) -> int:
-    """Mark the job active and open a new attempt; returns the attempt number."""
-    params = {"id": message["message_id"], "actor": message["actor_name"],
-              "queue": message["queue_name"], "message": Jsonb(message),
-              "max_retries": max_retries, "worker": worker}
-    row = conn.execute(START_ATTEMPT, params).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def claim_and_start(conn: Connection[Any], queue: str, limit: int, worker_id: str,
