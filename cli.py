@@ -44,7 +44,7 @@ def migrate() -> None:
     settings = get_settings()
     from db.migrate import migrate as apply
 
-    url = database_url(settings)
+    url = _share_database(settings)
     applied = apply(url)
     typer.echo(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied
                else "database schema is up to date")
@@ -52,8 +52,7 @@ def migrate() -> None:
 
 
 def _register_actors(url: str) -> None:
-    os.environ["DATABASE_URL"] = url
-    import actors
+    import actors  # its broker reads DATABASE_URL, which _share_database set
     from actors.middleware import actor_infos
     from jobs import store
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -60,7 +61,7 @@ def drop_database(url: str, name: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def build_template(url: str, register: callable) -> None:  # type: ignore[valid-type]
+def build_template(url: str, register: Callable[[psycopg.Connection[Any]], None]) -> None:
     """A migrated database with the test tables and registered actors, to clone per test."""
     template_url = recreate_database(url, TEMPLATE)
     migrate(template_url)
